@@ -1,0 +1,1 @@
+from bftnets.layers.butterfly import ButterflyTransform  # noqa: F401
