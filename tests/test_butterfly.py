@@ -11,7 +11,7 @@ from bftnets.ops import butterfly_radices
 
 def layer_weights(module: ButterflyTransform):
     """Per-layer (P, Q, r_out, r_in) arrays, sliced from the flat weight by the documented storage layout."""
-    w = module.weight.detach().double().numpy()
+    w = module.weight.detach().double().numpy().reshape(-1)
     radices, n = module.radices, module.size
     out, offset = [], 0
     for t, r in enumerate(radices):
@@ -77,8 +77,9 @@ def test_reference_is_not_a_lowest_digit_butterfly():
     m = ButterflyTransform(16, 16, residual=False).double()
     with torch.no_grad():
         m.weight.zero_()
-        m.weight[:64].copy_(torch.randn(64, dtype=torch.float64))  # layer 0 only ...
-        m.weight[64:].view(4, 1, 4, 4)[:] = torch.eye(4, dtype=torch.float64)  # ... layer 1 identity
+        flat = m.weight.view(-1)
+        flat[:64].copy_(torch.randn(64, dtype=torch.float64))  # layer 0 only ...
+        flat[64:].view(4, 1, 4, 4)[:] = torch.eye(4, dtype=torch.float64)  # ... layer 1 identity
     dense = m.to_dense()
     # with layer 1 the identity, output c depends only on inputs with the same low digit (c mod 4)
     rows, cols = torch.nonzero(dense, as_tuple=True)
@@ -188,3 +189,14 @@ def test_scriptable_and_compilable():
     torch.testing.assert_close(scripted(x), m(x))
     compiled = torch.compile(m, backend='eager')
     torch.testing.assert_close(compiled(x), m(x))
+
+
+def test_weights_are_found_for_their_own_optimizer_group():
+    from timm.optim import param_groups_weight_decay
+    from bftnets.layers.butterfly import butterfly_parameters
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), ButterflyTransform(16, 32), torch.nn.BatchNorm2d(32))
+    found = butterfly_parameters(model)
+    assert list(found) == ['1.weight'] and found['1.weight'] is model[1].weight
+    # timm's default grouping must keep decay on BFT weights (1-D tensors would silently lose it)
+    decayed = param_groups_weight_decay(model, weight_decay=1e-5)[1]['params']
+    assert any(p is model[1].weight for p in decayed)

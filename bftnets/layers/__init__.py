@@ -1,1 +1,1 @@
-from bftnets.layers.butterfly import ButterflyTransform  # noqa: F401
+from bftnets.layers.butterfly import ButterflyTransform, butterfly_parameters  # noqa: F401

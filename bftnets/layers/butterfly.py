@@ -1,6 +1,6 @@
 """ButterflyTransform: the BFT layer of Alizadeh Vahid et al., "Butterfly Transform" (CVPR 2020)."""
 import math
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import torch
 from torch import Tensor, nn
@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from bftnets.ops import butterfly as F_bft
 from bftnets.ops.plan import choose_groups, parse_plan
 
-__all__ = ['ButterflyTransform']
+__all__ = ['ButterflyTransform', 'butterfly_parameters']
 
 
 class ButterflyTransform(nn.Module):
@@ -60,7 +60,10 @@ class ButterflyTransform(nn.Module):
         # TorchScript cannot consult the plan cache or the environment: it runs the default grouping
         self.script_groups: List[int] = [1] * len(self.radices) if inner_act else parse_plan(
             plan or 'auto', self.radices)
-        self.weight = nn.Parameter(torch.empty(self.size * sum(self.radices)))
+        # (sum(radices), N): rows [sum(r[:t]), sum(r[:t+1])) hold layer t as (P, Q, r_out, r_in) in row-major order.
+        # 2-D on purpose: optimiser helpers (timm's param_groups_weight_decay) treat 1-D tensors as biases and
+        # would silently drop weight decay; BFT weights get their own group via butterfly_parameters() instead.
+        self.weight = nn.Parameter(torch.empty(sum(self.radices), self.size))
         self.reset_parameters()
 
     @property
@@ -118,3 +121,10 @@ class ButterflyTransform(nn.Module):
         return (f'{self.in_channels}, {self.out_channels}, base={self.base}, radices={self.radices}, '
                 f'residual={self.residual}' + (', inner_act=True' if self.inner_act else '')
                 + (f', plan={self.plan!r}' if self.plan else ''))
+
+
+def butterfly_parameters(model: nn.Module) -> Dict[str, nn.Parameter]:
+    """``{name: weight}`` of every ButterflyTransform in ``model``, for an optimiser group of its own
+    (the paper finds BFT very sensitive to weight decay)."""
+    return {f'{name}.weight' if name else 'weight': module.weight
+            for name, module in model.named_modules() if isinstance(module, ButterflyTransform)}

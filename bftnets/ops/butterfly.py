@@ -83,7 +83,9 @@ def factor_shapes(radices: List[int]) -> List[Tuple[int, int, int]]:
 
 
 def split_factors(weight: Tensor, radices: List[int]) -> List[Tensor]:
-    """Views of the flat weight as one ``(P, Q, r_out, r_in)`` tensor per layer."""
+    """Views of the weight (any shape with ``N * sum(radices)`` elements) as one ``(P, Q, r_out, r_in)``
+    tensor per layer."""
+    weight = weight.reshape(-1)
     factors: List[Tensor] = []
     offset = 0
     for outer, inner, r in factor_shapes(radices):
