@@ -80,36 +80,63 @@ class ButterflyTransform(nn.Module):
 
     @torch.jit.unused
     def groups(self, x: Tensor) -> List[int]:
+        """The plan's grouping for ``(B, S, N)`` activations (cached per shape, dtype, device and mode)."""
         if self.inner_act:
             return [1] * self.num_layers
-        return choose_groups(self.radices, x.shape[0], x.dtype, x.device.type, self.training, self.plan)
+        rows = x.shape[0] * x.shape[1] if x.dim() == 3 else x.shape[0]
+        return choose_groups(self.radices, rows, x.dtype, x.device.type, self.training, self.plan)
 
-    def forward_rows(self, x: Tensor) -> Tensor:
-        """The transform on ``(M, in_channels)`` rows, returning ``(M, out_channels)``."""
-        x = F_bft.tile_channels(x, self.size)
+    @torch.jit.unused
+    def _inference_factors(self, groups: List[int]) -> List[Tensor]:
+        """Merged factors reused across calls while the weight is unchanged (inference only: no autograd)."""
+        if torch.compiler.is_compiling():
+            return F_bft.grouped_factors(self.weight, self.radices, groups)
+        weight = self.weight
+        key = (tuple(groups), weight.data_ptr(), weight._version, weight.dtype, weight.device)
+        cache = self.__dict__.get('_factor_cache')
+        if cache is None or cache[0] != key:
+            cache = (key, [f.detach() for f in F_bft.grouped_factors(weight, self.radices, groups)])
+            self.__dict__['_factor_cache'] = cache
+        return cache[1]
+
+    def _transform(self, x: Tensor) -> Tensor:
+        """The transform on ``(B, S, in_channels)`` activations (any strides), returning ``(B, S, out_channels)``
+        in the same memory format (channel-major stays channel-major)."""
         if self.inner_act:
-            y = x
+            x = F_bft.tile_channels(x, self.size)
+            y = x.reshape(-1, self.size)
             for t, factor in enumerate(F_bft.split_factors(self.weight, self.radices)):
                 if t > 0:
                     y = torch.relu(y)
                 y = F_bft.apply_factor(y, factor)
-        else:
-            groups = self.script_groups if torch.jit.is_scripting() else self.groups(x)
+            y = y.view(x.shape)
+            if self.residual:
+                y = y + x
+            return F_bft.fold_channels(y, self.out_channels)
+        if torch.jit.is_scripting():
+            factors = F_bft.grouped_factors(self.weight, self.radices, self.script_groups)
+            return F_bft.column_butterfly(x, factors, self.out_channels, self.residual)
+        groups = self.groups(x)
+        if torch.is_grad_enabled() and self.weight.requires_grad:
             factors = F_bft.grouped_factors(self.weight, self.radices, groups)
-            y = F_bft.butterfly_multiply(x, factors)
-        if self.residual:
-            y = y + x
-        return F_bft.fold_channels(y, self.out_channels)
+        else:
+            factors = self._inference_factors(groups)
+        return F_bft.butterfly_multiply(x, factors, self.out_channels, self.residual, self.weight)
+
+    def forward_rows(self, x: Tensor) -> Tensor:
+        """The transform on ``(M, in_channels)`` rows, returning ``(M, out_channels)``."""
+        return self._transform(x.unsqueeze(0)).squeeze(0)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
                 f'ButterflyTransform expects NCHW input with {self.in_channels} channels, got shape {list(x.shape)}')
         batch, _, height, width = x.shape
-        rows = x.permute(0, 2, 3, 1).reshape(batch * height * width, self.in_channels)
-        y = self.forward_rows(rows)
-        # a channels_last NCHW view: no copy back, following ops accept it
-        return y.view(batch, height, width, self.out_channels).permute(0, 3, 1, 2)
+        # (B, H*W, C) view of NCHW or channels_last memory, no copy (entering the column layout copies once,
+        # except for NCHW batch 1)
+        y = self._transform(x.flatten(2).transpose(1, 2))
+        # same memory format as the input, like nn.Conv2d
+        return y.transpose(1, 2).reshape(batch, self.out_channels, height, width)
 
     @torch.no_grad()
     def to_dense(self) -> Tensor:

@@ -15,14 +15,16 @@ one factor with ``G x G`` blocks (``G = prod(radices[t0:t1])``). ``[1] * L`` is 
 (k MACs per channel per layer), ``[L]`` is the dense fold (one N x N matrix), anything between trades
 passes over the activations for MACs. The weights stay the paper's factors; only the execution groups them.
 """
-from typing import List, Tuple
+import math
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 __all__ = [
     'butterfly_radices', 'factor_shapes', 'split_factors', 'apply_factor', 'merge_factors',
-    'grouped_factors', 'tile_channels', 'fold_channels', 'butterfly_multiply', 'ButterflyMultiply',
+    'grouped_factors', 'tile_channels', 'fold_channels', 'column_passes', 'to_columns', 'from_columns', 'fold_rows', 'column_butterfly',
+    'butterfly_multiply', 'ButterflyMultiply',
 ]
 
 
@@ -96,21 +98,14 @@ def split_factors(weight: Tensor, radices: List[int]) -> List[Tensor]:
 
 
 def apply_factor(x: Tensor, factor: Tensor) -> Tensor:
-    """One (possibly merged) butterfly factor on ``(M, N)`` rows: block ``(p, q)`` mixes axis 1 of (P, G, Q)."""
+    """One (possibly merged) butterfly factor on ``(M, N)`` rows: block ``(p, q)`` mixes axis 1 of (P, G, Q).
+
+    The plain einsum form (used to merge factors and by the ``inner_act`` ablation); activations go through
+    :func:`run_passes`, which avoids einsum's permute copies."""
     outer, inner, size = factor.shape[0], factor.shape[1], factor.shape[2]
     rows = x.shape[0]
     y = torch.einsum('mpjq,pqij->mpiq', x.reshape(rows, outer, size, inner), factor)
     return y.reshape(rows, outer * size * inner)
-
-
-def _factor_grad(grad_out: Tensor, x: Tensor, factor: Tensor) -> Tuple[Tensor, Tensor]:
-    """Gradients of :func:`apply_factor` w.r.t. its input and its factor."""
-    outer, inner, size = factor.shape[0], factor.shape[1], factor.shape[2]
-    rows = x.shape[0]
-    g = grad_out.reshape(rows, outer, size, inner)
-    grad_x = torch.einsum('mpiq,pqij->mpjq', g, factor).reshape(rows, outer * size * inner)
-    grad_factor = torch.einsum('mpiq,mpjq->pqij', g, x.reshape(rows, outer, size, inner))
-    return grad_x, grad_factor
 
 
 def merge_factors(factors: List[Tensor], radices: List[int], start: int, stop: int) -> Tensor:
@@ -150,56 +145,206 @@ def grouped_factors(weight: Tensor, radices: List[int], groups: List[int]) -> Li
 
 def tile_channels(x: Tensor, size: int) -> Tensor:
     """Repeat the ``n_in`` input channels cyclically up to ``size`` (channel c reads input c mod n_in)."""
-    n = x.shape[1]
+    n = x.shape[-1]
     if n == size:
         return x
     reps = (size + n - 1) // n
-    return x.repeat(1, reps)[:, :size]
+    return torch.cat([x] * reps, dim=-1)[..., :size]
 
 
 def fold_channels(y: Tensor, n_out: int) -> Tensor:
     """Sum the ``size`` butterfly outputs into ``n_out`` channels (output c collects every c + i * n_out)."""
-    size = y.shape[1]
+    size = y.shape[-1]
     if size == n_out:
         return y
     chunks = (size + n_out - 1) // n_out
     if chunks * n_out != size:
         y = torch.nn.functional.pad(y, (0, chunks * n_out - size))
-    return y.view(y.shape[0], chunks, n_out).sum(1)
+    return y.reshape(list(y.shape[:-1]) + [chunks, n_out]).sum(-2)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The fast engine works on "columns": a contiguous (N, M) tensor, channel-major, one column per pixel.
+#
+# A pass with digit-group size G views the columns as (G, R, M) (its digit first, R = N / G for the rest)
+# and runs ONE torch.bmm over the R blocks: (R, G, G) @ (R, G, M)-view -> (R, G, M). Every operand is a
+# valid strided GEMM operand (unit stride along M), so nothing is copied, and the bmm's contiguous output is
+# the channels in rotated digit order (rest..., digit): exactly the layout the next pass wants (its digit
+# first). After the last pass the digits are back in their original order (a Stockham-style autosort).
+# The long M axis is the GEMM's wide dimension, which keeps even 4x4 or 8x8 blocks efficient.
+#
+# NCHW activations enter and leave the column layout with one copy each (contiguous runs of H*W pixels;
+# no copy at all for batch 1); channels_last ones with a 2-D transpose each.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _rotated(factor: Tensor) -> Tensor:
+    """``(P, Q, G, G)`` factor as the ``(Q*P, G, G)`` batch of its column pass (rest digits q before p)."""
+    g = factor.shape[2]
+    return factor.transpose(0, 1).reshape(-1, g, g)
+
+
+def _unrotated(grad: Tensor, factor: Tensor) -> Tensor:
+    """Inverse of :func:`_rotated` for a gradient."""
+    return grad.view(factor.shape[1], factor.shape[0], factor.shape[2], factor.shape[3]).transpose(0, 1)
+
+
+def column_passes(x: Tensor, factors: List[Tensor]) -> Tensor:
+    """The butterfly multiply on contiguous ``(N, M)`` columns: one bmm per execution factor, no copies."""
+    n, m = x.shape[0], x.shape[1]
+    for factor in factors:
+        g = factor.shape[2]
+        x = torch.bmm(_rotated(factor), x.view(g, n // g, m).transpose(0, 1)).view(n, m)
+    return x
+
+
+def _compiling() -> bool:
+    if torch.jit.is_scripting():
+        return False
+    return torch.compiler.is_compiling()
+
+
+def _is_channels_first(x: Tensor) -> bool:
+    """``(B, S, C)`` activations stored channel-major (an NCHW view), as opposed to channels-last rows."""
+    return x.shape[1] > 1 and x.stride(1) == 1 and x.shape[2] > 1
+
+
+def to_columns(x: Tensor, size: int) -> Tensor:
+    """``(B, S, n)`` activations as contiguous ``(size, B*S)`` columns, tiling channels cyclically to ``size``
+    (channel c reads input c mod n)."""
+    batch, pixels, n = x.shape[0], x.shape[1], x.shape[2]
+    if _is_channels_first(x):
+        cols = x.permute(2, 0, 1).reshape(n, batch * pixels)  # a view for batch 1
+    else:
+        cols = x.reshape(batch * pixels, n).t()
+    cols = cols.contiguous()
+    if size != n:
+        cols = cols.repeat((size + n - 1) // n, 1)[:size]
+    return cols
+
+
+def from_columns(cols: Tensor, batch: int, pixels: int, channels_first: bool,
+                 addend: Optional[Tensor] = None) -> Tensor:
+    """``(C, B*S)`` columns back to ``(B, S, C)`` activations stored channel-major (NCHW) or as channels-last
+    rows, plus ``addend`` (any ``(B, S, C)`` tensor) in the same pass when given."""
+    c = cols.shape[0]
+    if channels_first:  # one pass: permuted read (runs of S pixels), optional add, NCHW write
+        out = torch.empty((batch, c, pixels), dtype=cols.dtype, device=cols.device).transpose(1, 2)
+        src = cols.view(c, batch, pixels).permute(1, 2, 0)
+        if addend is None:
+            out.copy_(src)
+        elif _compiling() or (torch.is_grad_enabled() and (src.requires_grad or addend.requires_grad)):
+            out.copy_(src).add_(addend)  # out= is neither differentiable nor traceable by dynamo
+        else:
+            torch.add(src, addend, out=out)
+        return out
+    out = cols.t().contiguous().view(batch, pixels, c)  # 2-D transpose: PyTorch's blocked fast path
+    return out if addend is None else out.add_(addend)
+
+
+def fold_rows(cols: Tensor, n_out: int) -> Tensor:
+    """Sum ``size`` rows into ``n_out`` (row c collects every c + i * n_out): the output folding, on columns."""
+    size = cols.shape[0]
+    if size == n_out:
+        return cols
+    chunks = (size + n_out - 1) // n_out
+    if chunks * n_out != size:
+        cols = torch.nn.functional.pad(cols, (0, 0, 0, chunks * n_out - size))
+    return cols.view(chunks, n_out, cols.shape[1]).sum(0)
+
+
+def column_butterfly(x: Tensor, factors: List[Tensor], n_out: int, residual: bool) -> Tensor:
+    """The whole transform (tile, multiply, residual, fold) on ``(B, S, n_in)`` activations -> ``(B, S, n_out)``,
+    same memory format as ``x``. Plain autograd (used by TorchScript); :class:`ButterflyMultiply` is the
+    memory-saving version."""
+    size = 1
+    for f in factors:
+        size *= f.shape[2]
+    channels_first = _is_channels_first(x)
+    cols = to_columns(x, size)
+    y = column_passes(cols, factors)
+    square = x.shape[2] == size and n_out == size
+    if residual and not square:
+        y = y + cols
+    return from_columns(fold_rows(y, n_out), x.shape[0], x.shape[1], channels_first,
+                        x if residual and square else None)
 
 
 class ButterflyMultiply(torch.autograd.Function):
-    """Apply a chain of factors keeping only the input for backward (intermediates are recomputed).
+    """The butterfly transform of ``(B, S, n_in)`` activations, saving only its input for backward.
 
-    Saved memory is one activation (the input), as for a dense 1x1 conv, instead of one per pass.
+    ``apply(x, weight, n_out, residual, *factors)``: ``factors`` are the execution factors of the plan
+    (:func:`grouped_factors` of ``weight``); ``weight`` itself is only passed so that a traced graph shows
+    the op's true cost (rows * weight.numel() MACs, the paper's convention) and gets no gradient here (its
+    gradient flows through the factors). Backward recomputes the pass inputs from ``x`` (one copy and K-1
+    bmm) and then runs two bmm per pass (weight and input gradient): no per-pass activation is kept alive
+    between forward and backward, so saved memory is that of a dense 1x1 conv.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, *factors: Tensor) -> Tensor:
+    def forward(ctx, x: Tensor, weight: Tensor, n_out: int, residual: bool, *factors: Tensor) -> Tensor:
         ctx.save_for_backward(x, *factors)
-        for factor in factors:
-            x = apply_factor(x, factor)
-        return x
+        ctx.n_out, ctx.residual = n_out, residual
+        return column_butterfly(x, list(factors), n_out, residual)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         x, *factors = ctx.saved_tensors
-        inputs = [x]
+        batch, pixels, n_in = x.shape
+        n_out = ctx.n_out
+        sizes = [int(f.shape[2]) for f in factors]
+        size = math.prod(sizes)
+        square = n_in == size and n_out == size
         with torch.no_grad():
+            inputs = [to_columns(x, size)]  # recompute every pass's input
             for factor in factors[:-1]:
-                inputs.append(apply_factor(inputs[-1], factor))
-        grads = [None] * len(factors)
-        for i in range(len(factors) - 1, -1, -1):
-            grad_out, grads[i] = _factor_grad(grad_out, inputs[i], factors[i])
-            inputs[i] = None  # free as we go
-        return (grad_out, *grads)
+                inputs.append(column_passes(inputs[-1], [factor]))
+            grad = to_columns(grad_out, size)  # folding's backward is tiling
+            grad_res = grad if ctx.residual else None
+            grads: List[Optional[Tensor]] = [None] * len(factors)
+            need_x = ctx.needs_input_grad[0]
+            for k in range(len(factors) - 1, -1, -1):
+                g = sizes[k]
+                rest = size // g
+                grad_view = grad.view(rest, g, -1)
+                x_view = inputs[k].view(g, rest, -1).transpose(0, 1)
+                if ctx.needs_input_grad[4 + k]:
+                    grads[k] = _unrotated(torch.bmm(grad_view, x_view.transpose(1, 2)), factors[k])
+                inputs[k] = None  # free as we go
+                if k == 0 and not need_x:
+                    break
+                # input gradient written straight into the previous layout (digit first): no copy
+                weight_t = _rotated(factors[k]).transpose(1, 2)
+                if _compiling():  # dynamo cannot trace a strided out=: bmm, then one copy
+                    grad = torch.bmm(weight_t, grad_view).transpose(0, 1).reshape(grad.shape)
+                else:
+                    prev = torch.empty_like(grad)
+                    torch.bmm(weight_t, grad_view, out=prev.view(g, rest, -1).transpose(0, 1))
+                    grad = prev
+            grad_x = None
+            if need_x:
+                if grad_res is not None and not square:
+                    grad = grad + grad_res
+                grad = fold_rows(grad, n_in)  # tiling's backward is folding
+                grad_x = from_columns(grad, batch, pixels, _is_channels_first(x),
+                                      grad_out if grad_res is not None and square else None)
+        return (grad_x, None, None, None, *grads)
 
 
-def butterfly_multiply(x: Tensor, factors: List[Tensor], recompute: bool = True) -> Tensor:
-    """``x @ (F_last ... F_1 F_0)^T`` for ``(M, N)`` rows and execution factors from :func:`grouped_factors`."""
-    if not torch.jit.is_scripting():
-        if recompute:
-            return ButterflyMultiply.apply(x, *factors)
-    for factor in factors:
-        x = apply_factor(x, factor)
-    return x
+def butterfly_multiply(x: Tensor, factors: List[Tensor], n_out: int = -1, residual: bool = False,
+                       weight: Optional[Tensor] = None, recompute: bool = True) -> Tensor:
+    """The transform of ``(B, S, n_in)`` activations (or ``(M, n_in)`` rows) by execution ``factors`` from
+    :func:`grouped_factors`: tile to N channels, multiply, optional first-to-last residual, fold to ``n_out``
+    (default N). ``recompute`` (the default) saves only ``x`` for backward."""
+    rows = x.dim() == 2
+    if rows:
+        x = x.unsqueeze(0)
+    if n_out < 0:
+        n_out = 1
+        for f in factors:
+            n_out *= f.shape[2]
+    if not torch.jit.is_scripting() and recompute:
+        y = ButterflyMultiply.apply(x, factors[0] if weight is None else weight, n_out, residual, *factors)
+    else:
+        y = column_butterfly(x, factors, n_out, residual)
+    return y.squeeze(0) if rows else y
