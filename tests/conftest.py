@@ -13,7 +13,7 @@ sys.path.insert(0, str(ROOT))  # train.py, eval.py, tests.helpers
 
 # A tiny but real run: Fashion-MNIST subsets, a few steps per epoch, small resolution
 TINY = ['data.train_subset=96', 'data.val_subset=64', 'data.batch_size=32', 'data.resolution=32',
-        'trainer.max_epochs=1', 'callbacks.progress=null', 'logger=none']
+        'trainer.max_epochs=1', 'sched.warmup_epochs=0', 'callbacks.progress=null', 'logger=none']
 
 
 def compose_config(name, overrides, tmp_path):

@@ -79,8 +79,7 @@ class RunReport(L.Callback):
         self.skipped_total += int(trainer.callback_metrics.get('train/skipped_images', 0))
         entry = {'epoch': trainer.current_epoch, 'step': trainer.global_step}
         entry.update(_scalars({k: v for k, v in trainer.callback_metrics.items()
-                              if not k.endswith(('_step', '_epoch')) and not k.startswith('lr-')}))
-        entry['lr'] = trainer.optimizers[0].param_groups[0]['lr'] if trainer.optimizers else None
+                              if not k.endswith(('_step', '_epoch'))}))
         self.history.append(entry)
         if entry.get('train/skipped_images'):
             self._print(f"epoch {entry['epoch']}: skipped {int(entry['train/skipped_images'])} unreadable images "

@@ -74,6 +74,7 @@ class ClassificationModule(L.LightningModule):
         self.train_top1(logits, y)
         self.log('train/loss', loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
         self.log('train/top1', self.train_top1, on_step=False, on_epoch=True, batch_size=len(y))
+        self.log('train/lr', self.trainer.optimizers[0].param_groups[0]['lr'], on_step=True, on_epoch=False)
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx):

@@ -76,8 +76,9 @@ def create_scheduler(optimizer: torch.optim.Optimizer, name: str, epochs: int, s
         bad = [m for m in milestones if not 0 < m < epochs]
         if bad:
             raise ConfigError(f'sched.milestones {bad} fall outside the run of {epochs} epochs')
-        # milestones count from step 0, warm-up included
-        return MultiStepLRScheduler(optimizer, decay_t=[round(m * steps_per_epoch) for m in milestones],
+        # timm decays when t + 1 reaches a milestone (epoch-end stepping); +1 so that the first step of the
+        # milestone epoch is the first at the lower lr. Milestones count from step 0, warm-up included.
+        return MultiStepLRScheduler(optimizer, decay_t=[round(m * steps_per_epoch) + 1 for m in milestones],
                                     decay_rate=gamma, **{**common, 'warmup_prefix': False})
     if name == 'linear':
         return PolyLRScheduler(optimizer, t_initial=total - warmup, power=1.0, lr_min=min_lr, **common)
