@@ -23,7 +23,7 @@ from torch import Tensor
 
 __all__ = [
     'butterfly_radices', 'factor_shapes', 'split_factors', 'apply_factor', 'merge_factors',
-    'grouped_factors', 'tile_channels', 'fold_channels', 'column_passes', 'to_columns', 'from_columns', 'fold_rows', 'column_butterfly',
+    'grouped_factors', 'tile_channels', 'fold_channels', 'folded_matrix', 'dense_matmul', 'column_passes', 'to_columns', 'from_columns', 'fold_rows', 'column_butterfly',
     'butterfly_multiply', 'ButterflyMultiply',
 ]
 
@@ -253,10 +253,37 @@ def fold_rows(cols: Tensor, n_out: int) -> Tensor:
     return cols.view(chunks, n_out, cols.shape[1]).sum(0)
 
 
+def folded_matrix(factor: Tensor, n_in: int, n_out: int, residual: bool) -> Tensor:
+    """The ``(n_out, n_in)`` matrix of a one-group (dense) plan: its ``(1, 1, N, N)`` factor, plus the identity
+    for the residual, with tiling and folding summed in."""
+    size = factor.shape[2]
+    m = factor.reshape(size, size)
+    if residual:
+        m = m + torch.eye(size, dtype=m.dtype, device=m.device)
+    return fold_rows(fold_rows(m, n_out).t(), n_in).t()
+
+
+def _unfold_matrix_grad(grad: Tensor, size: int) -> Tensor:
+    """Gradient of :func:`folded_matrix` w.r.t. the ``(N, N)`` factor: entry (a, b) reads (a mod out, b mod in)."""
+    rows = torch.arange(size, device=grad.device) % grad.shape[0]
+    cols = torch.arange(size, device=grad.device) % grad.shape[1]
+    return grad[rows][:, cols].reshape(1, 1, size, size)
+
+
+def dense_matmul(x: Tensor, matrix: Tensor) -> Tensor:
+    """``(B, S, n_in)`` activations times an ``(n_out, n_in)`` matrix, in ``x``'s memory format, with no
+    layout copy: NCHW runs as B GEMMs over contiguous pixels, channels-last rows as one GEMM."""
+    if _is_channels_first(x):
+        return torch.matmul(matrix, x.transpose(1, 2)).transpose(1, 2)
+    return torch.matmul(x, matrix.t())
+
+
 def column_butterfly(x: Tensor, factors: List[Tensor], n_out: int, residual: bool) -> Tensor:
     """The whole transform (tile, multiply, residual, fold) on ``(B, S, n_in)`` activations -> ``(B, S, n_out)``,
-    same memory format as ``x``. Plain autograd (used by TorchScript); :class:`ButterflyMultiply` is the
-    memory-saving version."""
+    same memory format as ``x``. A one-group (dense) plan runs as one matmul with the folded matrix. Plain
+    autograd (used by TorchScript); :class:`ButterflyMultiply` is the memory-saving version."""
+    if len(factors) == 1:
+        return dense_matmul(x, folded_matrix(factors[0], x.shape[2], n_out, residual))
     size = 1
     for f in factors:
         size *= f.shape[2]
@@ -295,6 +322,8 @@ class ButterflyMultiply(torch.autograd.Function):
         sizes = [int(f.shape[2]) for f in factors]
         size = math.prod(sizes)
         square = n_in == size and n_out == size
+        if len(factors) == 1:
+            return (*_dense_backward(ctx, x, grad_out, factors[0]),)
         with torch.no_grad():
             inputs = [to_columns(x, size)]  # recompute every pass's input
             for factor in factors[:-1]:
@@ -329,6 +358,20 @@ class ButterflyMultiply(torch.autograd.Function):
                 grad_x = from_columns(grad, batch, pixels, _is_channels_first(x),
                                       grad_out if grad_res is not None and square else None)
         return (grad_x, None, None, None, *grads)
+
+
+def _dense_backward(ctx, x: Tensor, grad: Tensor, factor: Tensor):
+    with torch.no_grad():
+        matrix = folded_matrix(factor, x.shape[2], ctx.n_out, ctx.residual)
+        grad_x = dense_matmul(grad, matrix.t()) if ctx.needs_input_grad[0] else None
+        grad_factor = None
+        if ctx.needs_input_grad[4]:
+            if _is_channels_first(x):
+                grad_matrix = torch.matmul(grad.transpose(1, 2), x).sum(0)
+            else:
+                grad_matrix = grad.reshape(-1, grad.shape[2]).t() @ x.reshape(-1, x.shape[2])
+            grad_factor = _unfold_matrix_grad(grad_matrix, factor.shape[2])
+    return grad_x, None, None, None, grad_factor
 
 
 def butterfly_multiply(x: Tensor, factors: List[Tensor], n_out: int = -1, residual: bool = False,

@@ -7,7 +7,9 @@ training) and cached:
 
 * ``auto`` (default): the cost model below, calibrated on CPU float32 with the column engine:
   a pass over ``E = N * rows`` elements with G x G blocks takes ``E * (PASS_COST + G) + CALL_COST``
-  MAC-equivalents (``PASS_COST`` is the memory traffic of a pass, ``CALL_COST`` the fixed per-call cost).
+  MAC-equivalents (``PASS_COST`` is the memory traffic of a pass, ``CALL_COST`` the fixed per-call cost),
+  plus copies into and out of the column layout; the one-group (dense) plan is one GEMM of ``E * N`` in the
+  input's own layout (no copies), so it wins at small N where the copies cost more than the MACs saved.
   Measured on a 2-core AMD EPYC, 1 thread: G = 4 .. 256 bmm passes fit ``0.25 ns + G * 0.021 ns`` per element
   (47 GMAC/s; PASS_COST ~ 12) and one call costs ~15 us (~7e5 MACs). A training step runs every pass about
   four times (forward, recomputation in backward, input and weight gradients) and builds merged factors from
@@ -47,16 +49,22 @@ def plan_cost(radices: List[int], groups: List[int], rows: int = 1024, device_ty
     pass_cost, call_cost = CONSTANTS.get(device_type, DEFAULT_CONSTANTS)
     n = _block(radices, 0, len(radices))
     elements = float(n * rows)
-    passes, merge, start = [], 0.0, 0
+    merge = 0.0
+    start = 0
     for g in groups:
         block = _block(radices, start, start + g)
-        passes.append(elements * (pass_cost + block) + call_cost)
         if g > 1:  # building the merged factor: G basis vectors through g layers, one einsum each
             merge += block * n * sum(radices[start:start + g]) + g * call_cost
         start += g
+    if len(groups) == 1:  # dense: one GEMM with the folded matrix in the input's own layout, no copies
+        gemm = elements * n + call_cost
+        return 3 * gemm + 3 * merge if training else gemm
+    passes = [elements * (pass_cost + _block(radices, s, s + g)) + call_cost
+              for s, g in zip([sum(groups[:i]) for i in range(len(groups))], groups)]
+    copies = elements * pass_cost  # into and out of the column layout
     if training:  # forward, recompute (all but the last pass), input and weight gradients; merge fwd + bwd
-        return 4 * sum(passes) - passes[-1] + 3 * merge
-    return sum(passes)  # inference: merged factors are cached between calls
+        return 5 * copies + 4 * sum(passes) - passes[-1] + 3 * merge
+    return 2 * copies + sum(passes)  # inference: merged factors are cached between calls
 
 
 def _compositions(n: int):
