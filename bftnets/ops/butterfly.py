@@ -273,8 +273,8 @@ def _unfold_matrix_grad(grad: Tensor, size: int) -> Tensor:
 def dense_matmul(x: Tensor, matrix: Tensor) -> Tensor:
     """``(B, S, n_in)`` activations times an ``(n_out, n_in)`` matrix, in ``x``'s memory format, with no
     layout copy: NCHW runs as B GEMMs over contiguous pixels, channels-last rows as one GEMM."""
-    if _is_channels_first(x):
-        return torch.matmul(matrix, x.transpose(1, 2)).transpose(1, 2)
+    if _is_channels_first(x):  # bmm, not matmul: matmul would fold (B, S) into rows with a copy
+        return torch.bmm(matrix.expand(x.shape[0], matrix.shape[0], matrix.shape[1]), x.transpose(1, 2)).transpose(1, 2)
     return torch.matmul(x, matrix.t())
 
 
@@ -367,7 +367,7 @@ def _dense_backward(ctx, x: Tensor, grad: Tensor, factor: Tensor):
         grad_factor = None
         if ctx.needs_input_grad[4]:
             if _is_channels_first(x):
-                grad_matrix = torch.matmul(grad.transpose(1, 2), x).sum(0)
+                grad_matrix = torch.bmm(grad.transpose(1, 2), x).sum(0)
             else:
                 grad_matrix = grad.reshape(-1, grad.shape[2]).t() @ x.reshape(-1, x.shape[2])
             grad_factor = _unfold_matrix_grad(grad_matrix, factor.shape[2])
