@@ -219,6 +219,9 @@ def test_compiles_and_matches_eager():
     ex, ew = torch.autograd.grad(m(x).square().sum(), (x, m.weight))
     torch.testing.assert_close(dx, ex)
     torch.testing.assert_close(dw, ew)
+    m.eval()
+    with torch.no_grad():  # inference too, in one graph
+        torch.testing.assert_close(torch.compile(m, backend='eager', fullgraph=True)(x), m(x))
 
 
 @pytest.mark.slow

@@ -386,7 +386,8 @@ def butterfly_multiply(x: Tensor, factors: List[Tensor], n_out: int = -1, residu
         n_out = 1
         for f in factors:
             n_out *= f.shape[2]
-    if not torch.jit.is_scripting() and recompute:
+    # (dynamo cannot trace the Function's forward without autograd: compiled inference runs the plain path)
+    if not torch.jit.is_scripting() and recompute and (torch.is_grad_enabled() or not _compiling()):
         y = ButterflyMultiply.apply(x, factors[0] if weight is None else weight, n_out, residual, *factors)
     else:
         y = column_butterfly(x, factors, n_out, residual)
