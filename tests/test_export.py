@@ -79,10 +79,14 @@ BFTNETS_MODELS = ['mobilenetv1_025', 'mobilenetv1_050', 'mobilenetv1_100_bft', '
 def test_every_registered_model_exports_with_parity(tmp_path, name):
     assert timm.is_model(name)
     torch.manual_seed(0)
-    model = timm.create_model(name).eval()
-    for m in model.modules():  # trained-like BN statistics
+    model = timm.create_model(name)
+    for m in model.modules():  # BN statistics of real activations (as after training), so outputs are O(1)
         if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1), m.running_var.uniform_(0.5, 1.5)
+            m.momentum = None
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn(8, 3, 128, 128))
+    model.eval()
     result = export_model(model, str(tmp_path), (3, 128, 128), name=name)
     assert result['onnx_max_abs_diff'] < 1e-4, result
     assert result['torchscript_max_abs_diff'] < 1e-4, result
