@@ -1,7 +1,6 @@
 """The butterfly multiply's execution strategies (bftnets.ops) against a dense reference of the layer-by-layer
 definition, the plan cache, and the memory a training step keeps for backward."""
 import math
-import os
 
 import pytest
 import torch

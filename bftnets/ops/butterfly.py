@@ -7,13 +7,14 @@ Conventions (paper Eq. 3-5, layer-by-layer form):
 * Layer ``t`` mixes digit ``t``: the channel axis is viewed as ``(P, r, Q)`` with ``P = prod(radices[:t])``
   and ``Q = prod(radices[t+1:])`` and every ``(p, q)`` position gets its own ``r x r`` matrix. Its weights
   are a ``(P, Q, r_out, r_in)`` tensor (``r * N`` numbers). All layers live in one flat parameter.
-* Activations are 2-D ``(M, N)``: one row per pixel ("channels last"), which is how every execution
-  strategy wants them.
+* Activations are ``(B, S, C)`` views of NCHW or channels_last tensors (batch, pixels, channels); the
+  engine below moves them into a channel-major ``(N, B*S)`` "column" layout, where every pass is one bmm.
 
 Execution strategies are *groupings* of consecutive layers: a group of layers ``[t0, t1)`` is merged into
 one factor with ``G x G`` blocks (``G = prod(radices[t0:t1])``). ``[1] * L`` is the factored execution
-(k MACs per channel per layer), ``[L]`` is the dense fold (one N x N matrix), anything between trades
-passes over the activations for MACs. The weights stay the paper's factors; only the execution groups them.
+(k MACs per channel per layer), ``[L]`` is the dense fold (one GEMM with the folded (out, in) matrix, in the
+input's own layout), anything between trades passes over the activations for MACs. The weights stay the
+paper's factors; only the execution groups them (the plan: :mod:`bftnets.ops.plan`).
 """
 import math
 from typing import List, Optional, Tuple
@@ -22,12 +23,10 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    'butterfly_radices', 'factor_shapes', 'split_factors', 'apply_factor', 'merge_factors',
-    'grouped_factors', 'tile_channels', 'fold_channels', 'folded_matrix', 'dense_matmul', 'column_passes', 'to_columns', 'from_columns', 'fold_rows', 'column_butterfly',
-    'butterfly_multiply', 'ButterflyMultiply',
+    'butterfly_radices', 'factor_shapes', 'split_factors', 'apply_factor', 'merge_factors', 'grouped_factors',
+    'tile_channels', 'fold_channels', 'folded_matrix', 'dense_matmul', 'column_passes', 'to_columns',
+    'from_columns', 'fold_rows', 'column_butterfly', 'butterfly_multiply', 'ButterflyMultiply',
 ]
-
-
 def _prime_factors(n: int) -> List[int]:
     factors, p = [], 2
     while p * p <= n:
