@@ -27,12 +27,12 @@ from typing import Any, Iterator, List, Sequence, Tuple
 
 import torch
 from fvcore.nn import FlopCountAnalysis
-from fvcore.nn.jit_handles import get_shape
+from fvcore.nn.jit_handles import einsum_flop_jit, get_shape
 from torch import nn
 
 from bftnets.layers.butterfly import ButterflyTransform
 
-__all__ = ['FlopCount', 'count_flops', 'butterfly_flop_jit', 'BUTTERFLY_OP', 'MAC_OPS']
+__all__ = ['FlopCount', 'count_flops', 'butterfly_flop_jit', 'einsum_macs_jit', 'BUTTERFLY_OP', 'MAC_OPS']
 
 BUTTERFLY_OP = 'prim::PythonOp.ButterflyMultiply'
 # fvcore's simplified op names (``aten::`` stripped) that are multiply-adds in the paper's convention
@@ -61,6 +61,19 @@ def butterfly_flop_jit(inputs: List[Any], outputs: List[Any]) -> Any:
     x_shape, weight_shape = get_shape(inputs[0]), get_shape(inputs[1])
     rows = math.prod(x_shape[:-1])
     return Counter({'butterfly': rows * math.prod(weight_shape)})
+
+
+def einsum_macs_jit(inputs: List[Any], outputs: List[Any]) -> Any:
+    """Exact MACs of a two-operand einsum: one multiply-add per combination of all its indices (fvcore's
+    own handle estimates through ``numpy.einsum_path`` and rounds). Other einsums go to fvcore's handle."""
+    equation = inputs[0].toIValue().replace(' ', '')
+    operands = equation.split('->')[0].split(',')
+    if len(operands) != 2 or '.' in equation:
+        return einsum_flop_jit(inputs, outputs)
+    sizes = {}
+    for term, value in zip(operands, inputs[1].node().inputs()):
+        sizes.update(zip(term, get_shape(value)))
+    return math.prod(sizes.values())
 
 
 @contextlib.contextmanager
@@ -95,7 +108,7 @@ def count_flops(
     try:
         with _factored_plans(model), torch.no_grad():
             analysis = FlopCountAnalysis(model, inputs)
-            analysis.set_op_handle(BUTTERFLY_OP, butterfly_flop_jit)
+            analysis.set_op_handle(**{BUTTERFLY_OP: butterfly_flop_jit, 'aten::einsum': einsum_macs_jit})
             analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings('none')
             by_op = analysis.by_operator()
             full = analysis.total()
