@@ -147,10 +147,11 @@ def _check_features(outputs, channels, reductions, size):
         assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize('feature_cls', [None, 'getter'])
+@pytest.mark.parametrize('feature_cls', [None, 'getter', 'fx'])
 @pytest.mark.parametrize('name', MODELS)
 def test_features_only(name, feature_cls):
-    """timm test_model_forward_features and test_model_forward_intermediates_features."""
+    """timm test_model_forward_features and test_model_forward_intermediates_features, plus timm's FX
+    feature extraction (feature_cls='fx', ButterflyTransform as a leaf)."""
     kwargs = {'feature_cls': feature_cls} if feature_cls else {}
     model = _create(name, features_only=True, **kwargs).eval()
     with torch.no_grad():
@@ -158,6 +159,16 @@ def test_features_only(name, feature_cls):
     _check_features(outputs, model.feature_info.channels(), model.feature_info.reduction(), SIZE)
     if name.endswith('_bft'):
         assert _bfts(model), 'the features_only model lost its BFT layers'
+
+
+def test_features_at_expansion_keep_hooks_on_bft():
+    """feature_location='expansion' hooks the input of every block's pointwise conv; the conversion to BFT
+    happens after timm registered those hooks, so they must carry over."""
+    model = _create('mobilenetv1_100_bft', features_only=True, feature_location='expansion').eval()
+    assert _bfts(model)
+    with torch.no_grad():
+        outputs = model(torch.randn(1, 3, SIZE, SIZE))
+    assert [o.shape[1] for o in outputs] == model.feature_info.channels() == [32, 128, 256, 512, 1024]
 
 
 @pytest.mark.parametrize('name', MODELS)
