@@ -229,11 +229,16 @@ def test_fx(name):
     assert all(p.grad is not None for p in fx_model.parameters())
 
 
+@pytest.mark.parametrize('coarse', [True, False])
 @pytest.mark.parametrize('name', MODELS)
-def test_group_matcher(name):
+def test_group_matcher(name, coarse):
+    """Layer-wise lr decay support: every parameter falls in a group, the stem first, the classifier last."""
     model = _create(name)
-    groups = timm.models.group_parameters(model, model.group_matcher(coarse=True))
+    groups = timm.models.group_parameters(model, model.group_matcher(coarse=coarse))
     assert sum(len(v) for v in groups.values()) == len(list(model.named_parameters()))
+    ordered = [groups[k] for k in sorted(groups)]
+    assert any(n.startswith('conv_stem') for n in ordered[0])
+    assert model.pretrained_cfg['classifier'] + '.weight' in ordered[-1]
 
 
 # --- which convs are BFT ----------------------------------------------------------------------------------
