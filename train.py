@@ -7,6 +7,7 @@ import sys
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -17,6 +18,8 @@ from bftnets.training import ClassificationModule, one_line_error, resolve_resum
 
 def train(cfg: DictConfig) -> dict:
     """Fit the configured model; returns the run report (what metrics.json holds)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     plain = lambda node: OmegaConf.to_container(node, resolve=True)  # noqa: E731

@@ -72,15 +72,19 @@ def deployed_latencies(model, res: int, backends, repeats: int) -> Dict[str, flo
         if 'onnxruntime' in backends:
             import onnxruntime as ort
             from bftnets.export import export_onnx, fold_for_inference
-            with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-                warnings.simplefilter('ignore')
-                path = export_onnx(fold_for_inference(model, (3, res, res)), f'{tmp}/m.onnx', (3, res, res), ())
-                options = ort.SessionOptions()
-                options.intra_op_num_threads = torch.get_num_threads()
-                options.inter_op_num_threads = 1
-                session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
-                feed = {session.get_inputs()[0].name: x.numpy()}
-                out['onnxruntime'] = median_latency(lambda: session.run(None, feed), repeats)
+            has_bft = any(isinstance(m, bftnets.ButterflyTransform) for m in model.modules())
+            # BFTs folded by the cost model (auto) and, for BFT models, every BFT as a dense 1x1 conv
+            for dense, label in (('auto', 'onnxruntime'), ('always', 'onnxruntime-dense'))[:2 if has_bft else 1]:
+                with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+                    warnings.simplefilter('ignore')
+                    folded = fold_for_inference(model, (3, res, res), dense)
+                    path = export_onnx(folded, f'{tmp}/m.onnx', (3, res, res), ())
+                    options = ort.SessionOptions()
+                    options.intra_op_num_threads = torch.get_num_threads()
+                    options.inter_op_num_threads = 1
+                    session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+                    feed = {session.get_inputs()[0].name: x.numpy()}
+                    out[label] = median_latency(lambda: session.run(None, feed), repeats)
     return out
 
 
@@ -114,7 +118,7 @@ def bench_pair(base: Tuple[str, int], bft: Tuple[str, int], batch: int, repeats:
         with torch.no_grad():
             r['eager'] = median_latency(lambda: model(ones[key]), repeats * 4)
         r['train_ips'] = batch / train[key]
-        deployed = {b: r[b] for b in ('compile', 'onnxruntime') if b in r}
+        deployed = {b: r[b] for b in ('compile', 'onnxruntime', 'onnxruntime-dense') if b in r}
         r['best'], r['best_backend'] = (min(deployed.values()), min(deployed, key=deployed.get)) if deployed \
             else (r['eager'], 'eager')
         results.append(r)

@@ -26,9 +26,10 @@ def load_config(overrides):
     with initialize_config_dir(config_dir=str(ROOT / 'configs'), version_base='1.3'):
         cfg = compose(config_name='study', overrides=list(overrides))
     study = OmegaConf.to_container(cfg.study, resolve=True)
-    if study['quick']:
-        study.update(study.pop('quick_settings'))
-    study.pop('quick_settings', None)
+    quick = study.pop('quick_settings')
+    if study['quick']:  # quick_settings replace the defaults, not what the command line set
+        given = {o.split('=', 1)[0].lstrip('+~').removeprefix('study.') for o in overrides}
+        study.update({key: value for key, value in quick.items() if key not in given})
     for key in ('workers', 'threads_per_worker'):
         if not isinstance(study[key], int) or study[key] < 1:
             raise SystemExit(f'error: study.{key} must be a positive int, got {study[key]!r}')

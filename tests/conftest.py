@@ -42,13 +42,10 @@ def run_script(script, args, cwd=ROOT, timeout=600, **kwargs):
 
 
 def model_overrides(option='mobilenetv3_bft'):
-    """Overrides that train the given model config; skips while its registered model has not landed."""
+    """Overrides that train the given model config (whose timm name must be registered)."""
     import timm
 
     import bftnets  # noqa: F401
     cfg = compose_config('train', [f'model={option}'], Path('/tmp'))
-    if timm.is_model(cfg.model.name):
-        return [f'model={option}']
-    if os.environ.get('BFTNETS_TEST_FALLBACK'):  # development before the model zoo: a timm stand-in
-        return ['model=mobilenetv3', 'model.name=mobilenetv3_small_050']
-    pytest.skip(f'model {cfg.model.name} is not registered yet')
+    assert timm.is_model(cfg.model.name), f'configs/model/{option}.yaml names unregistered {cfg.model.name}'
+    return [f'model={option}']

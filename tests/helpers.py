@@ -31,3 +31,16 @@ class RecordBatches(L.Callback):
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f'rank{trainer.global_rank}.json'
         path.write_text(json.dumps({'world_size': trainer.world_size, 'steps': trainer.global_step, 'seen': self.seen}))
+
+
+class KillAt(L.Callback):
+    """SIGKILLs its own process after optimiser step ``step``: a crash with no chance to clean up."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            import os
+            import signal
+            os.kill(os.getpid(), signal.SIGKILL)

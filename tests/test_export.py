@@ -69,6 +69,21 @@ def test_cli_rejects_unknown_model(capsys):
     assert "unknown model 'no_such_net'" in capsys.readouterr().err
 
 
+def test_cli_exports_a_train_py_checkpoint(make_cfg, tmp_path, capsys):
+    """The deployment path: train.py writes a checkpoint, the export command reads its model, classes,
+    channels and resolution from it and reproduces its logits."""
+    from bftnets.export.__main__ import main
+    from conftest import TINY
+    from train import train
+    report = train(make_cfg(TINY + ['model=mobilenetv3_bft', 'trainer.limit_train_batches=1']))
+    assert main(['--checkpoint', report['best_ckpt'], '--out', str(tmp_path / 'export')]) == 0
+    out = capsys.readouterr().out
+    assert 'parity OK' in out and (tmp_path / 'export' / 'mobilenetv3_small_050_bft.onnx').is_file()
+    with pytest.raises(SystemExit):  # a checkpoint of one model is not exported as another
+        main(['--checkpoint', report['best_ckpt'], '--model', 'mobilenetv1_025', '--out', str(tmp_path / 'x')])
+    assert 'holds mobilenetv3_small_050_bft' in capsys.readouterr().err
+
+
 BFTNETS_MODELS = ['mobilenetv1_025', 'mobilenetv1_050', 'mobilenetv1_100_bft', 'mobilenetv1_200_bft',
                   'shufflenetv2_050', 'shufflenetv2_100', 'shufflenetv2_125_bft', 'mobilenetv3_small_035',
                   'mobilenetv3_small_050_bft', 'mobilenetv3_small_100_bft', 'mobilenetv3_large_100_bft']

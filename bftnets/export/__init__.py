@@ -236,9 +236,10 @@ def export_model(model: nn.Module, out_dir: str, input_size: Sequence[int] = (3,
     import onnx
     opset_used = max(o.version for o in onnx.load(onnx_path).opset_import if o.domain in ('', 'ai.onnx'))
     with torch.no_grad():
-        ts_diff = float((torch.jit.load(ts_path)(x) - model(x)).abs().max())
+        reference = model(x)
+        ts_diff = float((torch.jit.load(ts_path)(x) - reference).abs().max())
     return dict(onnx=onnx_path, torchscript=ts_path, opset=opset_used, onnx_max_abs_diff=onnx_max_abs_diff(model, onnx_path, x),
-                torchscript_max_abs_diff=ts_diff,
+                torchscript_max_abs_diff=ts_diff, output_scale=float(reference.abs().max()),
                 dense_bfts=sum(isinstance(m, nn.Conv2d) for m in folded.modules()) - sum(
                     isinstance(m, nn.Conv2d) for m in model.modules()),
                 factored_bfts=sum(isinstance(m, FrozenButterfly) for m in folded.modules()))

@@ -86,6 +86,10 @@ class RunReport(L.Callback):
                         f"(see the warnings above)")
         self._write(trainer)
 
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        # ModelCheckpoint runs after this callback at epoch end: refresh best/last once it has chosen them
+        self._write(trainer)
+
     @rank_zero_only
     def _print(self, line):
         print(line, flush=True)
