@@ -103,7 +103,9 @@ def test_cfg_job_and_help_work():
 @pytest.mark.parametrize('overrides,message', [
     (['model=mobilenetv3', 'model.name=resnet_nope'], "error: unknown model 'resnet_nope' (model.name)"),
     (['data.batch_size=0'], 'error: data.batch_size must be a positive int, got 0'),
-    (['optim.lr=-1'], 'error: optim.lr must be > 0, got -1'),
+    (['optim.lr=-1'], 'error: optim.lr must be a number > 0, got -1'),
+    (['optim.lr=abc'], "error: optim.lr must be a number > 0, got 'abc'"),
+    (['sched.warmup_epochs=-2'], 'error: sched.warmup_epochs must be a number >= 0, got -2'),
     (['data=image_folder', 'data.root=/nonexistent'], 'error: data.root=/nonexistent does not exist'),
 ])
 def test_bad_values_are_one_line(overrides, message, tmp_path):

@@ -38,13 +38,21 @@ def param_groups(model: nn.Module, weight_decay: float, bft_weight_decay: Option
     return [g for g in groups if g['params']]
 
 
+def _check_numbers(group: str, minimum: float = 0.0, **values) -> None:
+    """ConfigError for a value that is not a number >= ``minimum`` (e.g. ``optim.lr=abc``), naming the key."""
+    for key, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= minimum:
+            raise ConfigError(f'{group}.{key} must be a number >= {minimum:g}, got {value!r}')
+
+
 def create_optimizer(model: nn.Module, name: str = 'sgd', lr: float = 0.1, momentum: float = 0.9,
                      nesterov: bool = False, weight_decay: float = 1e-5,
                      bft_weight_decay: Optional[float] = None) -> torch.optim.Optimizer:
-    if not lr > 0:
-        raise ConfigError(f'optim.lr must be > 0, got {lr}')
-    if weight_decay < 0 or (bft_weight_decay is not None and bft_weight_decay < 0):
-        raise ConfigError('optim.weight_decay and optim.bft_weight_decay must be >= 0')
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise ConfigError(f'optim.lr must be a number > 0, got {lr!r}')
+    _check_numbers('optim', momentum=momentum, weight_decay=weight_decay, bft_weight_decay=bft_weight_decay)
     groups = param_groups(model, weight_decay, bft_weight_decay)
     if name == 'sgd':
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
@@ -65,6 +73,8 @@ def create_scheduler(optimizer: torch.optim.Optimizer, name: str, epochs: int, s
     - ``cosine``: ``warmup_epochs`` linear warm-up from ``warmup_lr`` to the base lr, then cosine to
       ``min_lr`` at the last step (MobileNetV3: 5 epochs 0.1 -> 0.5, then 0.5 -> 0).
     """
+    _check_numbers('sched', warmup_epochs=warmup_epochs, warmup_lr=warmup_lr, min_lr=min_lr, gamma=gamma)
+    _check_numbers('sched', milestones=min(milestones, default=None))
     total = epochs * steps_per_epoch
     warmup = round(warmup_epochs * steps_per_epoch)
     common = dict(t_in_epochs=False, warmup_t=warmup, warmup_lr_init=warmup_lr, warmup_prefix=True)
