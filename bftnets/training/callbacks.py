@@ -76,14 +76,15 @@ class RunReport(L.Callback):
             self.train_images += len(batch[1]) * trainer.world_size
 
     def on_train_epoch_end(self, trainer, pl_module):
-        self.skipped_total += int(trainer.callback_metrics.get('train/skipped_images', 0))
         entry = {'epoch': trainer.current_epoch, 'step': trainer.global_step}
         entry.update(_scalars({k: v for k, v in trainer.callback_metrics.items()
                               if not k.endswith(('_step', '_epoch'))}))
         self.history.append(entry)
-        if entry.get('train/skipped_images'):
-            self._print(f"epoch {entry['epoch']}: skipped {int(entry['train/skipped_images'])} unreadable images "
-                        f"(see the warnings above)")
+        skipped = {stage: int(entry.get(f'{stage}/skipped_images', 0)) for stage in ('train', 'val')}
+        self.skipped_total += sum(skipped.values())
+        if any(skipped.values()):
+            self._print(f"epoch {entry['epoch']}: skipped {skipped['train']} unreadable training and "
+                        f"{skipped['val']} validation images (see the warnings above)")
         self._write(trainer)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):

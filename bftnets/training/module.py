@@ -50,19 +50,20 @@ class ClassificationModule(L.LightningModule):
         self.train_top1 = MulticlassAccuracy(num_classes, top_k=1)
         self.val_top1 = MulticlassAccuracy(num_classes, top_k=1)
         self.val_top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes))
-        self.skipped_images = 0  # unreadable files dropped by the data pipeline, this epoch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def _unpack(self, batch):
-        # the ImageFolder pipeline appends the number of unreadable files it dropped from this batch
+    def _unpack(self, batch, stage: str):
+        # the ImageFolder pipeline appends the number of unreadable files it dropped from this batch; logged
+        # per step and summed over the epoch (and the DDP ranks), so the run report sees it at epoch end
         if len(batch) == 3:
-            self.skipped_images += int(batch[2])
+            self.log(f'{stage}/skipped_images', float(batch[2]), on_step=False, on_epoch=True, reduce_fx='sum',
+                     sync_dist=True, batch_size=1)
         return batch[0], batch[1]
 
     def training_step(self, batch, batch_idx):
-        x, y = self._unpack(batch)
+        x, y = self._unpack(batch, 'train')
         if len(y) == 0:  # every file of this batch was unreadable
             return None
         logits = self.net(x)
@@ -81,14 +82,8 @@ class ClassificationModule(L.LightningModule):
         if self.ema is not None:
             self.ema.update(self.net, step=self.global_step)
 
-    def on_train_epoch_start(self):
-        self.skipped_images = 0
-
-    def on_train_epoch_end(self):
-        self.log('train/skipped_images', float(self.skipped_images), reduce_fx='sum', sync_dist=True)
-
     def _evaluate(self, batch, stage: str):
-        x, y = self._unpack(batch)
+        x, y = self._unpack(batch, stage)
         if len(y) == 0:
             return None
         net = self.ema.module if self.ema is not None else self.net
