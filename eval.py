@@ -6,6 +6,7 @@ top-1, top-5, loss, params, MFLOPs and inference throughput to the console and t
 import sys
 
 import hydra
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -15,6 +16,8 @@ from bftnets.training.stats import describe_model, measure_throughput
 
 
 def evaluate(cfg: DictConfig) -> dict:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     checkpoint = load_checkpoint(cfg.ckpt_path)
     module = module_from_checkpoint(checkpoint)
     if module.ema is not None and not cfg.use_ema:

@@ -1,12 +1,13 @@
 """Shared pieces of the bftnets model files: a registry guard and the pointwise switch for built models."""
 from typing import Any, Callable, Dict, Iterable, List
 
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import is_model, model_entrypoint, register_model as timm_register_model
 from torch import nn
 
 from bftnets.layers.pointwise import POINTWISE_KINDS, convert_pointwise
 
-__all__ = ['register_model', 'apply_pointwise', 'list_bftnets_models']
+__all__ = ['register_model', 'apply_pointwise', 'list_bftnets_models', 'imagenet_cfg']
 
 _REGISTERED: List[str] = []
 
@@ -21,6 +22,15 @@ def register_model(fn: Callable[..., Any]) -> Callable[..., Any]:
     if name not in _REGISTERED:
         _REGISTERED.append(name)
     return timm_register_model(fn)
+
+
+def imagenet_cfg(classifier: str = 'classifier', **kwargs) -> Dict[str, Any]:
+    """The pretrained_cfg every bftnets model shares (ImageNet at 224; no weights are published)."""
+    return {
+        'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
+        'crop_pct': 0.875, 'interpolation': 'bilinear', 'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'conv_stem', 'classifier': classifier, 'license': 'apache-2.0', **kwargs,
+    }
 
 
 def list_bftnets_models() -> List[str]:

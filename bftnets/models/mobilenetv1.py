@@ -10,12 +10,11 @@ The network is timm's own MobileNetV1 generator (``timm.models.efficientnet._gen
 as in the paper). The BFT variants convert every pointwise conv of that same network; the stem, the
 depthwise convs and the classifier stay dense (SPEC.md section 2).
 """
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import EfficientNet, generate_default_cfgs
 from timm.models.efficientnet import _gen_mobilenet_v1
 
 from bftnets.layers.pointwise import bft_kwargs_from
-from bftnets.models._helpers import apply_pointwise, register_model
+from bftnets.models._helpers import apply_pointwise, imagenet_cfg, register_model
 
 __all__ = []
 
@@ -27,19 +26,12 @@ def _create_mobilenet_v1(variant: str, width: float, pointwise: str, pretrained:
     return apply_pointwise(model, pointwise, bft_kwargs)
 
 
-def _cfg(**kwargs):
-    return {
-        'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
-        'crop_pct': 0.875, 'interpolation': 'bilinear', 'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'conv_stem', 'classifier': 'classifier', 'license': 'apache-2.0', **kwargs,
-    }
-
 
 default_cfgs = generate_default_cfgs({
-    'mobilenetv1_025': _cfg(paper_ids='arXiv:1704.04861'),
-    'mobilenetv1_050': _cfg(paper_ids='arXiv:1704.04861'),
-    'mobilenetv1_100_bft': _cfg(paper_ids='arXiv:1906.02256'),
-    'mobilenetv1_200_bft': _cfg(paper_ids='arXiv:1906.02256'),
+    'mobilenetv1_025': imagenet_cfg(paper_ids='arXiv:1704.04861'),
+    'mobilenetv1_050': imagenet_cfg(paper_ids='arXiv:1704.04861'),
+    'mobilenetv1_100_bft': imagenet_cfg(paper_ids='arXiv:1906.02256'),
+    'mobilenetv1_200_bft': imagenet_cfg(paper_ids='arXiv:1906.02256'),
 })
 
 

@@ -25,14 +25,13 @@ Which 1x1 convs become BFT (``pointwise='bft'``), chosen so that Small-0.5 + BFT
 from functools import partial
 
 from torch import nn
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import MobileNetV3, generate_default_cfgs
 from timm.models._efficientnet_blocks import SqueezeExcite
 from timm.models._efficientnet_builder import decode_arch_def, resolve_act_layer, resolve_bn_args, round_channels
 from timm.models.mobilenetv3 import _create_mnv3
 
 from bftnets.layers.pointwise import bft_kwargs_from
-from bftnets.models._helpers import apply_pointwise, register_model
+from bftnets.models._helpers import apply_pointwise, imagenet_cfg, register_model
 
 __all__ = []
 
@@ -81,19 +80,12 @@ def _create_mobilenet_v3(variant: str, size: str, width: float, pointwise: str, 
     return apply_pointwise(model, pointwise, bft_kwargs, skip=('*.se.*',))
 
 
-def _cfg(**kwargs):
-    return {
-        'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
-        'crop_pct': 0.875, 'interpolation': 'bilinear', 'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'conv_stem', 'classifier': 'classifier', 'license': 'apache-2.0', **kwargs,
-    }
-
 
 default_cfgs = generate_default_cfgs({
-    'mobilenetv3_small_035': _cfg(paper_ids='arXiv:1905.02244'),
-    'mobilenetv3_small_050_bft': _cfg(paper_ids='arXiv:1906.02256'),
-    'mobilenetv3_small_100_bft': _cfg(paper_ids='arXiv:1906.02256'),
-    'mobilenetv3_large_100_bft': _cfg(paper_ids='arXiv:1906.02256'),
+    'mobilenetv3_small_035': imagenet_cfg(paper_ids='arXiv:1905.02244'),
+    'mobilenetv3_small_050_bft': imagenet_cfg(paper_ids='arXiv:1906.02256'),
+    'mobilenetv3_small_100_bft': imagenet_cfg(paper_ids='arXiv:1906.02256'),
+    'mobilenetv3_large_100_bft': imagenet_cfg(paper_ids='arXiv:1906.02256'),
 })
 
 

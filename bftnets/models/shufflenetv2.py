@@ -26,13 +26,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import create_classifier, create_conv2d, get_norm_act_layer
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
 from timm.models._features import feature_take_indices
 
 from bftnets.layers.pointwise import bft_kwargs_from, create_pointwise
-from bftnets.models._helpers import register_model
+from bftnets.models._helpers import imagenet_cfg, register_model
 
 __all__ = ['ShuffleNetV2', 'ShuffleUnit']
 
@@ -298,18 +297,11 @@ def _create_shufflenet_v2(variant: str, stage_chs: Sequence[int], pointwise: str
     )
 
 
-def _cfg(**kwargs):
-    return {
-        'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
-        'crop_pct': 0.875, 'interpolation': 'bilinear', 'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'conv_stem', 'classifier': 'fc', 'license': 'apache-2.0', **kwargs,
-    }
-
 
 default_cfgs = generate_default_cfgs({
-    'shufflenetv2_050': _cfg(paper_ids='arXiv:1807.11164'),
-    'shufflenetv2_100': _cfg(paper_ids='arXiv:1807.11164'),
-    'shufflenetv2_125_bft': _cfg(paper_ids='arXiv:1906.02256'),
+    'shufflenetv2_050': imagenet_cfg('fc', paper_ids='arXiv:1807.11164'),
+    'shufflenetv2_100': imagenet_cfg('fc', paper_ids='arXiv:1807.11164'),
+    'shufflenetv2_125_bft': imagenet_cfg('fc', paper_ids='arXiv:1906.02256'),
 })
 
 
