@@ -223,6 +223,20 @@ def test_compiles_and_matches_eager():
         torch.testing.assert_close(torch.compile(m, backend='eager', fullgraph=True)(x), m(x))
 
 
+def test_compiles_with_dynamic_shapes():
+    """dynamic=True (what torch.compile switches to after a shape change) keeps one graph with no break."""
+    torch.manual_seed(0)
+    m = ButterflyTransform(64, 48)
+    compiled = torch.compile(m, backend='aot_eager', fullgraph=True, dynamic=True)
+    for side in (4, 5, 7):
+        x = torch.randn(2, 64, side, side, requires_grad=True)
+        y = compiled(x)
+        torch.testing.assert_close(y, m(x))
+        dx, = torch.autograd.grad(y.square().sum(), x)
+        ex, = torch.autograd.grad(m(x).square().sum(), x)
+        torch.testing.assert_close(dx, ex)
+
+
 @pytest.mark.slow
 def test_inductor_compile_matches_eager():
     torch.manual_seed(0)

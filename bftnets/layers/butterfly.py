@@ -84,6 +84,11 @@ class ButterflyTransform(nn.Module):
         if self.inner_act:
             return [1] * self.num_layers
         rows = x.shape[0] * x.shape[1] if x.dim() == 3 else x.shape[0]
+        if torch.compiler.is_compiling():  # rows may be symbolic (dynamic shapes): plan for the power of 4 at
+            bucket = 1                      # or above it; each comparison is a guard, so the graph stays dynamic
+            while bucket < rows and bucket < 2 ** 20:  # within a bucket (eager plans for the exact rows)
+                bucket *= 4
+            rows = bucket
         return choose_groups(self.radices, rows, x.dtype, x.device.type, self.training, self.plan)
 
     @torch.jit.unused
