@@ -26,7 +26,6 @@ def _create_mobilenet_v1(variant: str, width: float, pointwise: str, pretrained:
     return apply_pointwise(model, pointwise, bft_kwargs)
 
 
-
 default_cfgs = generate_default_cfgs({
     'mobilenetv1_025': imagenet_cfg(paper_ids='arXiv:1704.04861'),
     'mobilenetv1_050': imagenet_cfg(paper_ids='arXiv:1704.04861'),

@@ -80,7 +80,6 @@ def _create_mobilenet_v3(variant: str, size: str, width: float, pointwise: str, 
     return apply_pointwise(model, pointwise, bft_kwargs, skip=('*.se.*',))
 
 
-
 default_cfgs = generate_default_cfgs({
     'mobilenetv3_small_035': imagenet_cfg(paper_ids='arXiv:1905.02244'),
     'mobilenetv3_small_050_bft': imagenet_cfg(paper_ids='arXiv:1906.02256'),

@@ -297,7 +297,6 @@ def _create_shufflenet_v2(variant: str, stage_chs: Sequence[int], pointwise: str
     )
 
 
-
 default_cfgs = generate_default_cfgs({
     'shufflenetv2_050': imagenet_cfg('fc', paper_ids='arXiv:1807.11164'),
     'shufflenetv2_100': imagenet_cfg('fc', paper_ids='arXiv:1807.11164'),
