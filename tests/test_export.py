@@ -103,5 +103,9 @@ def test_every_registered_model_exports_with_parity(tmp_path, name):
             model(torch.randn(8, 3, 128, 128))
     model.eval()
     result = export_model(model, str(tmp_path), (3, 128, 128), name=name)
-    assert result['onnx_max_abs_diff'] < 1e-4, result
-    assert result['torchscript_max_abs_diff'] < 1e-4, result
+    # 1e-4 for logits of order 1; random classifiers still give logits up to ~40 (mobilenetv3_large_100_bft),
+    # where float32 rounding over ~60 layers alone reaches ~1e-4: the bound scales with the largest logit,
+    # as in the export command (a wrong fold is off by O(1), not by 1e-4)
+    tolerance = 1e-4 * max(1.0, result['output_scale'])
+    assert result['onnx_max_abs_diff'] < tolerance, result
+    assert result['torchscript_max_abs_diff'] < tolerance, result

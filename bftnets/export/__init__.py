@@ -146,19 +146,21 @@ def fold_for_inference(model: nn.Module, input_size: Sequence[int] = (3, 224, 22
                 _set_module(model, name, FrozenButterfly(module, groups))
                 continue
             conv = nn.Conv2d(module.in_channels, module.out_channels, 1, bias=bn is not None)
-            weight = module.to_dense().reshape(module.out_channels, module.in_channels, 1, 1)
+            # the product of L factors and the BN scale in float64, rounded to float32 once
+            weight = copy.deepcopy(module).double().to_dense().reshape(module.out_channels, module.in_channels, 1, 1)
             if bn is not None:
-                weight, bias = _fold_bn_into_dense(weight, None, bn)
+                weight, bias = _fold_bn_into_dense(weight, None, copy.deepcopy(bn).double())
                 conv.bias.copy_(bias)
                 _set_module(model, bn_of[name], _bn_replacement(bn))
             conv.weight.copy_(weight)
-            _set_module(model, name, conv.to(weight.dtype))
+            _set_module(model, name, conv.to(module.weight.dtype))
         elif isinstance(module, nn.Conv2d) and name in bn_of:
             bn = model.get_submodule(bn_of[name])
-            weight, bias = _fold_bn_into_dense(module.weight, module.bias, bn)
+            weight, bias = _fold_bn_into_dense(module.weight.double(), None if module.bias is None else
+                                               module.bias.double(), copy.deepcopy(bn).double())
             fused = copy.deepcopy(module)
-            fused.weight = nn.Parameter(weight)
-            fused.bias = nn.Parameter(bias)
+            fused.weight = nn.Parameter(weight.to(module.weight.dtype))
+            fused.bias = nn.Parameter(bias.to(module.weight.dtype))
             _set_module(model, name, fused)
             _set_module(model, bn_of[name], _bn_replacement(bn))
     if check:  # relative to the output scale: untrained nets can have huge logits, float32 rounds them
