@@ -1,4 +1,5 @@
 """Every config option composes; the paper experiments carry the Appendix A recipes; bad config is one line."""
+import json
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,17 @@ def test_bad_values_are_one_line(overrides, message, tmp_path):
     lines = [l for l in result.stderr.strip().splitlines() if l.strip()]
     assert lines[-1].startswith(message), result.stderr
     assert 'Traceback' not in result.stderr
+
+
+def test_multirun_sweep_writes_one_run_per_job(tmp_path):
+    result = run_script('train.py', ['-m'] + TINY + model_overrides() + [
+        'trainer.limit_train_batches=1', 'seed=0,1', f'hydra.sweep.dir={tmp_path}'], timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sorted(tmp_path.glob('*/metrics.json'))
+    assert [p.parent.name for p in runs] == ['0_mobilenetv3_small_050_bft_r32', '1_mobilenetv3_small_050_bft_r32']
+    reports = [json.loads(p.read_text()) for p in runs]
+    assert [r['seed'] for r in reports] == [0, 1] and all(r['status'] == 'finished' for r in reports)
+    assert all((p.parent / 'checkpoints' / 'last.ckpt').is_file() for p in runs)
 
 
 def test_unknown_group_option_is_reported_without_traceback(tmp_path):
